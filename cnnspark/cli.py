@@ -7,85 +7,17 @@ missing lake/table (the message says what to do), 3 an unexpected error (traceba
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from importlib import import_module
 
 from cnnspark import __version__
 from cnnspark.errors import CnnsparkError
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
-
-
-def command(name: str):
-    def register(fn: Callable[[argparse.Namespace], int]):
-        COMMANDS[name] = fn
-        return fn
-
-    return register
-
-
-def _add_ingest(sub: argparse._SubParsersAction) -> None:
-    from cnnspark.chunking import ChunkingParams
-    from cnnspark.ingest import DEFAULT_FILES_PER_BATCH, DEFAULT_MAX_FILE_SIZE
-
-    defaults = ChunkingParams()
-    p = sub.add_parser(
-        "ingest",
-        help="chunk and hash a folder of images into a lake",
-        description="Chunk and hash the images under SOURCE (a folder, searched recursively, or a glob; "
-        "local or any URI Spark reads) into the Delta tables under LAKE.",
-    )
-    p.add_argument("source", metavar="SOURCE")
-    p.add_argument("--lake", required=True, help="lake folder or object-store URI")
-    p.add_argument("--dataset", required=True, help="dataset name, e.g. scans-v2")
-    p.add_argument("--split", default="train", help="split name recorded with every file (default: train)")
-    p.add_argument(
-        "--labels", default="dirname",
-        help="dirname (ImageFolder: SOURCE/<label>/<file>, the default), none, or csv:PATH (a CSV with header path,label)",
-    )
-    p.add_argument("--min-chunk", default=str(defaults.min_size), help="FastCDC minimum chunk size (default 16KiB)")
-    p.add_argument("--avg-chunk", default=str(defaults.avg_size), help="FastCDC average chunk size (default 64KiB)")
-    p.add_argument("--max-chunk", default=str(defaults.max_size), help="FastCDC maximum chunk size (default 256KiB)")
-    p.add_argument(
-        "--max-file-size", default=str(DEFAULT_MAX_FILE_SIZE),
-        help="files larger than this go to quarantine as too_large (default 1GiB, at most 2GiB-1)",
-    )
-    p.add_argument(
-        "--files-per-batch", type=int, default=DEFAULT_FILES_PER_BATCH,
-        help="files per Arrow batch handed to a Python worker; bounds worker memory (default %(default)s)",
-    )
-    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-
-
-@command("ingest")
-def run_ingest(args: argparse.Namespace) -> int:
-    from cnnspark.chunking import ChunkingParams
-    from cnnspark.ingest import IngestOptions, ingest
-    from cnnspark.session import get_spark
-    from cnnspark.sizes import parse_size
-
-    options = IngestOptions(
-        source=args.source,
-        lake=args.lake,
-        dataset=args.dataset,
-        split=args.split,
-        labels=args.labels,
-        chunking=ChunkingParams.parse(args.min_chunk, args.avg_chunk, args.max_chunk),
-        max_file_size=parse_size(args.max_file_size, what="--max-file-size"),
-        files_per_batch=args.files_per_batch,
-    )
-    spark = get_spark("cnnspark ingest")
-    summary = ingest(spark, options, progress=lambda m: print(m, file=sys.stderr, flush=True))
-    if args.json:
-        print(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
-    else:
-        print(summary.render())
-    return 0
-
-
-PARSER_BUILDERS = [_add_ingest]
+# Each module in cnnspark/commands/ has register(subparsers): it adds its subcommands and sets
+# ``handler`` (a function of the parsed args returning an exit code) on each.
+COMMAND_MODULES = ("ingest",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cnnspark {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in PARSER_BUILDERS:
-        add(sub)
+    for name in COMMAND_MODULES:
+        import_module(f"cnnspark.commands.{name}").register(sub)
     return parser
 
 
@@ -104,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command and return its exit code (never raises for user errors)."""
     args = build_parser().parse_args(argv)
     try:
-        code = COMMANDS[args.command](args)
+        code = args.handler(args)
     except CnnsparkError as e:
         print(f"cnnspark {args.command}: error: {e}", file=sys.stderr)
         code = e.exit_code
