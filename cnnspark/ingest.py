@@ -103,6 +103,7 @@ class IngestSummary:
     files_changed: int = 0
     files_unchanged: int = 0
     files_quarantined: int = 0
+    quarantine_rows_added: int = 0
     logical_bytes: int = 0
     new_chunks: int = 0
     new_physical_bytes: int = 0
@@ -130,8 +131,8 @@ class IngestSummary:
             f"{format_size(self.lake_physical_bytes)} stored as chunks)",
             f"  took               {self.seconds:.1f} s",
         ]
-        if self.files_ingested == 0 and self.files_quarantined == 0:
-            lines.append("  nothing new: the lake already holds every file of this source")
+        if self.files_ingested == 0 and self.quarantine_rows_added == 0:
+            lines.append("  nothing new: the lake already holds every file of this source (nothing committed)")
         return "\n".join(lines)
 
 
@@ -627,6 +628,8 @@ def _ingest_listed(spark, options, lake, listing, empty_paths, root, run_id, now
         .mapInArrow(_table_writer(lake.table_uri(QUARANTINE), QUARANTINE_SCHEMA, WRITE_OPTIONS[QUARANTINE], "quarantine"), metadata_schema)
         .collect()
     ]
+
+    summary.quarantine_rows_added = sum(int(m["num_records"]) for m in quarantine_files)
 
     # Commit: chunks before manifests, so no manifest ever points at a missing chunk.
     meta = {"cnnspark.run": run_id, "cnnspark.dataset": options.dataset, "cnnspark.split": options.split}
