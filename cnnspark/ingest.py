@@ -2,24 +2,27 @@
 
 Plan (every step runs in Spark; only file metadata and small aggregates reach the driver):
 
-1. List SOURCE with ``binaryFile`` (content pruned); files over ``max_file_size`` go to
-   quarantine as ``too_large``.
-2. Analyse pass: tasks read each file, sniff its format and header, cut it with FastCDC and hash
-   the chunks and the whole file. Output is metadata only (ids and sizes, no bytes); bad files
-   become quarantine rows, files Spark could not read become ``unreadable``.
+1. List SOURCE with ``binaryFile`` (content pruned). Zero-byte files, which Spark's file index
+   drops, are listed with pyarrow; files over ``max_file_size`` go to quarantine as ``too_large``.
+2. One read of every file, in tasks: sniff format and header, cut with FastCDC, hash the chunks
+   and the whole file. Files whose content the lake already holds (by content hash, broadcast)
+   stop there. For the others, the task writes the chunks it has not seen yet, sorted by key,
+   into uncommitted *staged* Parquet files in the chunks folder. Bad files become quarantine
+   rows; files Spark could not read become ``unreadable``.
 3. Classify against the dataset's current manifests: new, changed (same path, new content) or
-   unchanged (skipped).
-4. Chunk plan: the chunk ids of new and changed files, minus ids the lake already has (an
-   anti-join over the ``id`` column only), each assigned to exactly one owning file.
-5. Write pass: tasks re-read only the files that own new chunks and write those chunks, sorted by
-   key, straight into the chunks table folder. Manifests and quarantine rows are written by
-   tasks too. Changed files replace their old manifest rows copy-on-write.
-6. The driver commits one Delta transaction per table: chunks first, then manifests, then
-   quarantine, so a manifest never points at a missing chunk.
+   unchanged (nothing written).
+4. Settle the staged chunks in Spark: a chunk is kept if the lake lacks its id (an anti-join
+   over the ``id`` column only) and it is the first staged copy of that id in the batch. Staged
+   files are committed as they are, trimmed by a task, or deleted.
+5. Tasks write the manifests (changed files replace their old rows copy-on-write) and the new
+   quarantine rows. The driver commits one Delta transaction per table: chunks first, then
+   manifests, then quarantine, so a manifest never points at a missing chunk. Staged files of a
+   failed run are deleted; none is ever visible to readers, since only commits publish files.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import posixpath
 import re
@@ -30,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
 from cnnspark import delta
@@ -84,9 +88,11 @@ ANALYZED_SCHEMA = pa.schema(
         ("bit_depth", pa.int32()),
         ("pages", pa.int32()),
         ("dirname_label", pa.string()),
+        ("staged_ids", pa.list_(pa.binary())),  # chunks this file put into a staged file
+        ("staged_file", pa.string()),  # that staged file's name in the chunks folder
+        ("staged_meta", pa.string()),  # its metadata (JSON of delta.write_parquet_files output)
     ]
 )
-PLAN_SCHEMA = pa.schema([("path", pa.string()), ("positions", pa.list_(pa.int32())), ("ids", pa.list_(pa.binary()))])
 
 
 @dataclass
@@ -229,23 +235,21 @@ def dirname_label(relative_path: str) -> str | None:
 # Task functions (run in Spark's Python workers; they must only capture picklable values)
 
 
-def analyze_file(data: bytes, cdc) -> dict:
-    """Header facts, content hash and chunk ids/sizes of one file, or a quarantine reason."""
+def analyze_file(data: bytes, cdc) -> tuple[dict, list[tuple[bytes, memoryview]]]:
+    """Header facts, content hash and chunk ids/sizes of one file (or a quarantine reason),
+    and the file's (chunk id, chunk bytes) pieces."""
     try:
         info = inspect_image(data)
     except InvalidImage as e:
-        return {"reason": e.reason, "detail": str(e)}
+        return {"reason": e.reason, "detail": str(e)}, []
     view = memoryview(data)
-    ids, sizes = [], []
-    for offset, length in cut_points(view, cdc):
-        ids.append(chunk_id(view[offset : offset + length]))
-        sizes.append(length)
-    return {
+    pieces = [(chunk_id(view[o : o + n]), view[o : o + n]) for o, n in cut_points(view, cdc)]
+    row = {
         "reason": None,
         "detail": None,
         "content_hash": content_hash(view),
-        "chunk_ids": ids,
-        "chunk_sizes": sizes,
+        "chunk_ids": [cid for cid, _ in pieces],
+        "chunk_sizes": [len(p) for _, p in pieces],
         "format": info.format,
         "width": info.width,
         "height": info.height,
@@ -253,70 +257,105 @@ def analyze_file(data: bytes, cdc) -> dict:
         "bit_depth": info.bit_depth,
         "pages": info.pages,
     }
+    return row, pieces
 
 
-def _analyzer(root: str, params: ChunkingParams) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+class _KnownHashes:
+    """Content hashes the lake already holds, as a sorted fixed-width array (16 bytes each)."""
+
+    def __init__(self, hashes: list[bytes]) -> None:
+        self.sorted = np.sort(np.array([bytes(h) for h in hashes], dtype="S16"))
+
+    def __contains__(self, h: bytes) -> bool:
+        needle = np.array([bytes(h)], dtype="S16")
+        i = int(np.searchsorted(self.sorted, needle)[0])
+        return i < len(self.sorted) and bool(self.sorted[i] == needle[0])
+
+
+def _analyzer(
+    root: str, params: ChunkingParams, chunks_uri: str, staging_prefix: str, known
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The single read of every file: analyse it and stage its chunks.
+
+    Chunks of files whose content the lake does not already hold are written, deduplicated
+    within the task and sorted by key, into uncommitted "staged" files in the chunks folder.
+    Each output row names the staged file holding the chunks the file contributed
+    (``staged_ids``); the driver later commits, trims or drops each staged file.
+    """
+
     def analyze(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         cdc = params.chunker()
+        known_hashes = known.value
+        options = WRITE_OPTIONS[CHUNKS]
+        seen: set[bytes] = set()
+        held_rows: list[dict] = []
+        ids, keys, sizes, datas = [], [], [], []
+        staged_bytes = 0
+
+        def flush() -> pa.RecordBatch:
+            nonlocal ids, keys, sizes, datas, staged_bytes, held_rows
+            staged = None
+            if ids:
+                batch = pa.RecordBatch.from_arrays(
+                    [pa.array(ids, pa.binary()), pa.array(keys, pa.int64()), pa.array(sizes, pa.int32()), pa.array(datas, pa.binary())],
+                    schema=CHUNKS_SCHEMA,
+                )
+                (staged,) = delta.write_parquet_files(chunks_uri, CHUNKS_SCHEMA, [batch], options, prefix=staging_prefix)
+            for row in held_rows:
+                if row.get("staged_ids"):
+                    row["staged_file"] = staged["path"]
+                    row["staged_meta"] = json.dumps(staged)
+            out = pa.RecordBatch.from_pylist(held_rows, schema=ANALYZED_SCHEMA)
+            ids, keys, sizes, datas, held_rows, staged_bytes = [], [], [], [], [], 0
+            return out
+
         for batch in batches:
-            rows = []
             cols = batch.to_pydict()
             for path, length, mtime, content in zip(
                 cols["path"], cols["length"], cols["modificationTime"], cols["content"], strict=True
             ):
                 rel = relative_to(path, root)
-                row = {
-                    "source_uri": path,
-                    "relative_path": rel,
-                    "size": length,
-                    "source_modified_at": mtime,
-                    "dirname_label": dirname_label(rel),
-                }
-                row.update(analyze_file(content, cdc))
-                rows.append(row)
-            yield pa.RecordBatch.from_pylist(rows, schema=ANALYZED_SCHEMA)
+                facts, pieces = analyze_file(content, cdc)
+                row = {"source_uri": path, "relative_path": rel, "size": length, "source_modified_at": mtime,
+                       "dirname_label": dirname_label(rel), **facts}
+                if pieces and row["content_hash"] not in known_hashes:
+                    contributed = []
+                    for cid, piece in pieces:
+                        if cid not in seen:
+                            seen.add(cid)
+                            contributed.append(cid)
+                            ids.append(cid)
+                            keys.append(chunk_key(cid))
+                            sizes.append(len(piece))
+                            datas.append(bytes(piece))
+                            staged_bytes += len(piece)
+                    row["staged_ids"] = contributed
+                held_rows.append(row)
+            if staged_bytes >= options.file_bytes:
+                yield flush()
+        if held_rows:
+            yield flush()
 
     return analyze
 
 
-def _chunk_emitter(
-    table_uri: str, params: ChunkingParams
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """Re-cut the owning files and write the planned chunks into the chunks table's folder."""
+def _staged_trimmer(chunks_uri: str, prefix: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """Rewrite a staged chunk file keeping only the ids assigned to it; yields the new file's metadata."""
 
-    def chunk_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        cdc = params.chunker()
+    def trim(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        fs, root = delta.filesystem(chunks_uri)
         for batch in batches:
-            ids, keys, sizes, datas = [], [], [], []
-            cols = batch.to_pydict()
-            for path, content, positions, expected in zip(
-                cols["path"], cols["content"], cols["positions"], cols["ids"], strict=True
-            ):
-                view = memoryview(content)
-                cuts = cut_points(view, cdc)
-                for pos, want in zip(positions, expected, strict=True):
-                    if pos >= len(cuts):
-                        raise IntegrityError(f"{path} changed while it was being ingested; run the ingest again")
-                    offset, length = cuts[pos]
-                    piece = view[offset : offset + length]
-                    got = chunk_id(piece)
-                    if got != want:
-                        raise IntegrityError(f"{path} changed while it was being ingested; run the ingest again")
-                    ids.append(got)
-                    keys.append(chunk_key(got))
-                    sizes.append(length)
-                    datas.append(bytes(piece))
-            if ids:
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(ids, pa.binary()), pa.array(keys, pa.int64()), pa.array(sizes, pa.int32()), pa.array(datas, pa.binary())],
-                    schema=CHUNKS_SCHEMA,
-                )
+            for name, keep in zip(batch.column("staged_file").to_pylist(), batch.column("ids").to_pylist(), strict=True):
+                with fs.open_input_file(f"{root.rstrip('/')}/{name}") as f:
+                    table = pq.read_table(f, schema=CHUNKS_SCHEMA)
+                kept = table.filter(pc.is_in(table.column("id"), value_set=pa.array(keep, pa.binary())))
+                for meta in delta.write_parquet_files(chunks_uri, CHUNKS_SCHEMA, kept.to_batches(), WRITE_OPTIONS[CHUNKS], prefix=prefix):
+                    yield pa.RecordBatch.from_pylist([meta], schema=delta.FILE_METADATA_SCHEMA)
 
-    def emit(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for meta in delta.write_parquet_files(table_uri, CHUNKS_SCHEMA, chunk_batches(batches), WRITE_OPTIONS[CHUNKS], prefix="chunks"):
-            yield pa.RecordBatch.from_pylist([meta], schema=delta.FILE_METADATA_SCHEMA)
-
-    return emit
+    return trim
 
 
 def _table_writer(
@@ -411,97 +450,65 @@ def ingest(
     progress: Callable[[str], None] | None = print,
 ) -> IngestSummary:
     """Run one ingest of ``options.source`` into ``options.lake``; see the module docstring."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema
-
     started = time.monotonic()
     lake = Lake(options.lake, storage_options=options.storage_options)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-    now = datetime.now(timezone.utc).replace(microsecond=0)
     summary = IngestSummary(lake=lake.uri, dataset=options.dataset, split=options.split, run_id=run_id)
-    root = source_root(options.source)
-    params = options.chunking
-
-    _say(progress, f"[1/5] listing {options.source}")
-    listing = _list_source(spark, options.source).select("path", "length", "modificationTime")
-    listing = listing.withColumn("relative_path", F.udf(lambda p: relative_to(p, root))("path")).persist(StorageLevel.MEMORY_AND_DISK)
-    empty_paths = zero_byte_files(options.source)
-    seen = listing.count() + len(empty_paths)
-    if seen == 0:
-        raise SourceError(f"no files found under {options.source}; check the path (hidden files starting with . or _ are skipped)")
-    summary.files_seen = seen
-
-    _say(progress, f"[2/5] analysing {seen} files: format, header, FastCDC chunks ({params.label}), XXH3-128 hashes")
     previous_batch = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", None)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(options.files_per_batch))
+    staging_prefix = f"chunks-{run_id}-staged"
+    committed = False
     try:
-        return _ingest_listed(spark, options, lake, listing, empty_paths, root, run_id, now, summary, started, progress)
+        _run(spark, options, lake, run_id, staging_prefix, summary, progress)
+        committed = True
     finally:
-        listing.unpersist()
         if previous_batch is None:
             spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
         else:
             spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous_batch)
+        _remove_staged(lake, staging_prefix, keep_committed=committed)
+    summary.seconds = round(time.monotonic() - started, 2)
+    return summary
 
 
-def _ingest_listed(spark, options, lake, listing, empty_paths, root, run_id, now, summary, started, progress) -> IngestSummary:
+def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix: str, summary: IngestSummary, progress) -> None:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    root = source_root(options.source)
     params = options.chunking
+    metadata_schema = from_arrow_schema(delta.FILE_METADATA_SCHEMA)
+
+    # 1. List (no content read).
+    _say(progress, f"[1/5] listing {options.source}")
+    listing = _list_source(spark, options.source).select("path", "length").persist(StorageLevel.MEMORY_AND_DISK)
+    empty_paths = zero_byte_files(options.source)
+    summary.files_seen = listing.count() + len(empty_paths)
+    if summary.files_seen == 0:
+        raise SourceError(f"no files found under {options.source}; check the path (names starting with . or _ are skipped)")
+
+    # 2. The one read of every file: analyse it and stage the chunks the lake may lack.
+    _say(progress, f"[2/5] reading {summary.files_seen} files: format, header, FastCDC chunks ({params.label}), XXH3-128 hashes")
+    lake.ensure()
+    lake_manifests = lake.dataframe(spark, MANIFESTS)
+    known = spark.sparkContext.broadcast(
+        _KnownHashes([r[0] for r in lake_manifests.select("content_hash").distinct().collect()])
+    )
     scan = _list_source(spark, options.source).filter(F.col("length") <= options.max_file_size)
-    analyzed = scan.mapInArrow(_analyzer(root, params), from_arrow_schema(ANALYZED_SCHEMA)).persist(StorageLevel.MEMORY_AND_DISK)
+    analyzer = _analyzer(root, params, lake.table_uri(CHUNKS), staging_prefix, known)
+    analyzed = scan.mapInArrow(analyzer, from_arrow_schema(ANALYZED_SCHEMA)).persist(StorageLevel.MEMORY_AND_DISK)
 
-    # Quarantine: bad content, too large, or not readable at all.
-    too_large = listing.filter(F.col("length") > options.max_file_size).select(
-        F.col("path").alias("source_uri"),
-        "relative_path",
-        F.col("length").alias("size"),
-        F.lit(REASON_TOO_LARGE).alias("reason"),
-        F.concat(
-            F.lit("file is "), F.col("length").cast("string"),
-            F.lit(f" bytes, over the {options.max_file_size}-byte limit (--max-file-size)"),
-        ).alias("detail"),
-    )
-    unreadable = (
-        listing.filter(F.col("length") <= options.max_file_size)
-        .join(analyzed.select(F.col("source_uri").alias("path")), "path", "left_anti")
-        .select(
-            F.col("path").alias("source_uri"),
-            "relative_path",
-            F.col("length").alias("size"),
-            F.lit(REASON_UNREADABLE).alias("reason"),
-            F.lit("Spark could not read the file (permissions, or removed during the ingest)").alias("detail"),
-        )
-    )
-    empty = spark.createDataFrame(
-        [(p, relative_to(p, root), 0, REASON_EMPTY, "the file is empty (0 bytes)") for p in empty_paths],
-        "source_uri string, relative_path string, size bigint, reason string, detail string",
-    )
-    bad = analyzed.filter(F.col("reason").isNotNull()).select("source_uri", "relative_path", "size", "reason", "detail")
-    quarantined = bad.unionByName(too_large).unionByName(unreadable).unionByName(empty).persist(StorageLevel.MEMORY_AND_DISK)
     good = analyzed.filter(F.col("reason").isNull())
-
-    # Labels.
     if options.labels == "dirname":
         good = good.withColumn("label", F.col("dirname_label"))
     elif options.labels == "none":
         good = good.withColumn("label", F.lit(None).cast("string"))
     else:
         good = good.join(_labels_frame(spark, options.labels), "relative_path", "left").withColumnRenamed("csv_label", "label")
-
-    # Classify against the dataset's current manifests.
-    _say(progress, "[3/5] comparing with the lake's manifests")
-    existing = (
-        lake.dataframe(spark, MANIFESTS)
-        .filter((F.col("dataset") == options.dataset) & (F.col("split") == options.split))
-        .select(
-            "relative_path",
-            F.col("content_hash").alias("old_hash"),
-            F.input_file_name().alias("manifest_file"),
-        )
+    existing = lake_manifests.filter((F.col("dataset") == options.dataset) & (F.col("split") == options.split)).select(
+        "relative_path", F.col("content_hash").alias("old_hash"), F.input_file_name().alias("manifest_file")
     )
     classified = (
         good.join(existing, "relative_path", "left")
@@ -513,140 +520,157 @@ def _ingest_listed(spark, options, lake, listing, empty_paths, root, run_id, now
         )
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
+
+    # 3. Classify against the dataset's manifests (this job runs the read).
     counts = {
-        r["change"]: (r["n"], r["bytes"])
+        r["change"]: (r["n"], int(r["bytes"] or 0))
         for r in classified.groupBy("change").agg(F.count("*").alias("n"), F.sum("size").alias("bytes")).collect()
     }
-    summary.files_new = counts.get("new", (0, 0))[0]
-    summary.files_changed = counts.get("changed", (0, 0))[0]
+    _say(progress, "[3/5] compared with the lake: " + ", ".join(f"{n} {k}" for k, (n, _) in sorted(counts.items())))
+    summary.files_new, new_bytes = counts.get("new", (0, 0))
+    summary.files_changed, changed_bytes = counts.get("changed", (0, 0))
     summary.files_unchanged = counts.get("unchanged", (0, 0))[0]
     summary.files_ingested = summary.files_new + summary.files_changed
-    summary.logical_bytes = int(counts.get("new", (0, 0))[1] or 0) + int(counts.get("changed", (0, 0))[1] or 0)
+    summary.logical_bytes = new_bytes + changed_bytes
+
+    # 4. Chunks: keep each staged chunk the lake lacks exactly once.
+    _say(progress, "[4/5] deduplicating staged chunks against the batch and the lake")
+    chunk_files = _settle_staged(spark, lake, analyzed, staging_prefix, summary, metadata_schema)
+
+    # 5. Manifests (changed files replace their old rows copy-on-write) and quarantine.
+    _say(progress, f"[5/5] writing {summary.files_ingested} manifests and the quarantine")
     to_add = classified.filter(F.col("change") != "unchanged")
-
-    # Chunk plan: ids the lake lacks, each owned by one file of this batch.
-    _say(progress, f"[4/5] planning chunks of {summary.files_ingested} new or changed files against the lake")
-    refs = to_add.select("source_uri", F.posexplode(F.arrays_zip("chunk_ids", "chunk_sizes")).alias("pos", "c")).select(
-        "source_uri", "pos", F.col("c.chunk_ids").alias("id"), F.col("c.chunk_sizes").alias("size")
-    )
-    lake_ids = lake.dataframe(spark, CHUNKS).select("id")
-    owners = (
-        refs.groupBy("id")
-        .agg(F.min(F.struct("source_uri", "pos")).alias("owner"), F.first("size").alias("size"))
-        .join(lake_ids, "id", "left_anti")
-    )
-    plan = (
-        owners.groupBy(F.col("owner.source_uri").alias("path"))
-        .agg(F.sort_array(F.collect_list(F.struct(F.col("owner.pos").cast("int").alias("pos"), "id"))).alias("owned"), F.sum("size").alias("bytes"))
-        .select("path", F.col("owned.pos").alias("positions"), F.col("owned.id").alias("ids"), "bytes")
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    totals = plan.agg(F.count("*").alias("files"), F.sum(F.size("ids")).alias("chunks"), F.sum("bytes").alias("bytes")).first()
-    summary.new_chunks = int(totals["chunks"] or 0)
-    summary.new_physical_bytes = int(totals["bytes"] or 0)
-
-    _say(
-        progress,
-        f"[5/5] writing {summary.new_chunks} new chunks ({format_size(summary.new_physical_bytes)}) from "
-        f"{totals['files']} files, {summary.files_ingested} manifests, quarantine rows",
-    )
-    lake.ensure()
-    metadata_schema = from_arrow_schema(delta.FILE_METADATA_SCHEMA)
-    chunk_files: list[dict] = []
-    if summary.new_chunks:
-        owning = _list_source(spark, options.source).filter(F.col("length") <= options.max_file_size).select("path", "content")
-        chunk_files = [
-            r.asDict()
-            for r in owning.join(F.broadcast(plan.select("path", "positions", "ids")), "path")
-            .mapInArrow(_chunk_emitter(lake.table_uri(CHUNKS), params), metadata_schema)
-            .collect()
-        ]
-
     manifest_rows = to_add.select(
-        F.lit(options.dataset).alias("dataset"),
-        F.lit(options.split).alias("split"),
-        "label",
-        "relative_path",
-        "source_uri",
-        "size",
-        "content_hash",
-        "chunk_ids",
-        "chunk_sizes",
-        "format",
-        "width",
-        "height",
-        "channels",
-        "bit_depth",
-        "pages",
-        "source_modified_at",
-        F.lit(now).alias("ingested_at"),
-        F.lit(run_id).alias("ingest_run"),
+        F.lit(options.dataset).alias("dataset"), F.lit(options.split).alias("split"), "label", "relative_path",
+        "source_uri", "size", "content_hash", "chunk_ids", "chunk_sizes", "format", "width", "height", "channels",
+        "bit_depth", "pages", "source_modified_at", F.lit(now).alias("ingested_at"), F.lit(run_id).alias("ingest_run"),
         F.lit(params.label).alias("chunker"),
     )
-    # Changed files: rewrite the manifest files that hold their old rows, without those rows.
-    replaced_files = [r["manifest_file"] for r in to_add.filter(F.col("change") == "changed").select("manifest_file").distinct().collect()]
-    if replaced_files:
-        replaced_keys = to_add.filter(F.col("change") == "changed").select(
-            F.lit(options.dataset).alias("dataset"), F.lit(options.split).alias("split"), "relative_path"
-        )
+    replaced_files: list[str] = []
+    if summary.files_changed:
+        changed = to_add.filter(F.col("change") == "changed")
+        replaced_files = [r[0] for r in changed.select("manifest_file").distinct().collect()]
         kept = (
             lake.dataframe(spark, MANIFESTS)
             .filter(F.input_file_name().isin(replaced_files))
-            .join(replaced_keys, ["dataset", "split", "relative_path"], "left_anti")
+            .join(
+                changed.select(F.lit(options.dataset).alias("dataset"), F.lit(options.split).alias("split"), "relative_path"),
+                ["dataset", "split", "relative_path"],
+                "left_anti",
+            )
         )
         manifest_rows = manifest_rows.unionByName(kept)
     manifest_files: list[dict] = []
     if summary.files_ingested:
         parts = max(1, math.ceil(summary.files_ingested / MANIFEST_ROWS_PER_FILE))
-        manifest_files = [
-            r.asDict()
-            for r in manifest_rows.coalesce(parts)
-            .mapInArrow(_table_writer(lake.table_uri(MANIFESTS), MANIFESTS_SCHEMA, WRITE_OPTIONS[MANIFESTS], "manifests"), metadata_schema)
-            .collect()
-        ]
+        writer = _table_writer(lake.table_uri(MANIFESTS), MANIFESTS_SCHEMA, WRITE_OPTIONS[MANIFESTS], "manifests")
+        manifest_files = [r.asDict() for r in manifest_rows.coalesce(parts).mapInArrow(writer, metadata_schema).collect()]
 
-    old_quarantine = lake.dataframe(spark, QUARANTINE).filter(F.col("dataset") == options.dataset)
-    new_quarantine = quarantined.join(
-        old_quarantine.select("source_uri", "size", "reason"), ["source_uri", "size", "reason"], "left_anti"
-    ).select(
-        F.lit(options.dataset).alias("dataset"),
-        F.lit(options.split).alias("split"),
-        "relative_path",
-        "source_uri",
-        "size",
-        "reason",
-        "detail",
-        F.lit(now).alias("ingested_at"),
-        F.lit(run_id).alias("ingest_run"),
-    )
-    reasons = {r["reason"]: r["n"] for r in quarantined.groupBy("reason").agg(F.count("*").alias("n")).collect()}
-    summary.files_quarantined = sum(reasons.values())
-    summary.quarantine_reasons = reasons
-    quarantine_files = [
-        r.asDict()
-        for r in new_quarantine.coalesce(1)
-        .mapInArrow(_table_writer(lake.table_uri(QUARANTINE), QUARANTINE_SCHEMA, WRITE_OPTIONS[QUARANTINE], "quarantine"), metadata_schema)
-        .collect()
-    ]
-
-    summary.quarantine_rows_added = sum(int(m["num_records"]) for m in quarantine_files)
+    quarantine_files = _write_quarantine(spark, options, lake, listing, analyzed, empty_paths, root, now, run_id, summary, metadata_schema)
 
     # Commit: chunks before manifests, so no manifest ever points at a missing chunk.
     meta = {"cnnspark.run": run_id, "cnnspark.dataset": options.dataset, "cnnspark.split": options.split}
-    delta.commit(lake.table_uri(CHUNKS), CHUNKS_SCHEMA, chunk_files, operation="ingest", metadata=meta, storage_options=lake.storage_options)
-    replaced_relative = [_relative_file(f, lake.table_uri(MANIFESTS)) for f in replaced_files]
-    delta.commit(
-        lake.table_uri(MANIFESTS), MANIFESTS_SCHEMA, manifest_files, replaced_relative,
-        operation="ingest", metadata=meta, storage_options=lake.storage_options,
-    )
-    delta.commit(lake.table_uri(QUARANTINE), QUARANTINE_SCHEMA, quarantine_files, operation="ingest", metadata=meta, storage_options=lake.storage_options)
+    so = lake.storage_options
+    delta.commit(lake.table_uri(CHUNKS), CHUNKS_SCHEMA, chunk_files, operation="ingest", metadata=meta, storage_options=so)
+    replaced = [_relative_file(f, lake.table_uri(MANIFESTS)) for f in replaced_files]
+    delta.commit(lake.table_uri(MANIFESTS), MANIFESTS_SCHEMA, manifest_files, replaced, operation="ingest", metadata=meta, storage_options=so)
+    delta.commit(lake.table_uri(QUARANTINE), QUARANTINE_SCHEMA, quarantine_files, operation="ingest", metadata=meta, storage_options=so)
     summary.committed_versions = {name: lake.version(name) for name in (CHUNKS, MANIFESTS, QUARANTINE)}
-
-    for frame in (analyzed, quarantined, classified, plan):
+    for frame in (listing, analyzed, classified):
         frame.unpersist()
+    known.unpersist()
     _lake_totals(spark, lake, summary)
-    summary.seconds = round(time.monotonic() - started, 2)
-    return summary
+
+
+def _settle_staged(spark, lake: Lake, analyzed, staging_prefix: str, summary: IngestSummary, metadata_schema) -> list[dict]:
+    """Decide each staged chunk file's fate: commit it as it is, trim it, or drop it.
+
+    A staged chunk is kept when the lake lacks its id and it is the first staged copy of that id
+    (files are ordered by name); the rest are duplicates across tasks or of the lake.
+    """
+    from pyspark.sql import functions as F
+
+    staged = analyzed.select("staged_file", F.explode("staged_ids").alias("id")).filter(F.col("staged_file").isNotNull())
+    sizes = analyzed.select(F.explode(F.arrays_zip("chunk_ids", "chunk_sizes")).alias("c")).select(
+        F.col("c.chunk_ids").alias("id"), F.col("c.chunk_sizes").alias("size")
+    ).dropDuplicates(["id"])
+    wanted = staged.join(lake.dataframe(spark, CHUNKS).select("id"), "id", "left_anti")
+    assigned = wanted.groupBy("id").agg(F.min("staged_file").alias("staged_file")).join(sizes, "id")
+    kept = assigned.groupBy("staged_file").agg(
+        F.count("*").alias("kept"), F.sum("size").alias("kept_bytes"), F.collect_list("id").alias("ids")
+    )
+    files = (
+        analyzed.filter(F.col("staged_file").isNotNull()).select("staged_file", "staged_meta").distinct()
+        .join(kept, "staged_file", "left")
+        .select("staged_file", "staged_meta", F.coalesce("kept", F.lit(0)).alias("kept"), F.coalesce("kept_bytes", F.lit(0)).alias("kept_bytes"))
+        .collect()
+    )
+    summary.new_chunks = sum(r["kept"] for r in files)
+    summary.new_physical_bytes = sum(int(r["kept_bytes"]) for r in files)
+    as_is, partial = [], []
+    for r in files:
+        meta = json.loads(r["staged_meta"])
+        if r["kept"] == meta["num_records"]:
+            as_is.append(meta)
+        elif r["kept"]:
+            partial.append(r["staged_file"])
+    if partial:
+        trimmed = (
+            kept.filter(F.col("staged_file").isin(partial)).select("staged_file", "ids")
+            .repartition(min(len(partial), spark.sparkContext.defaultParallelism))
+            .mapInArrow(_staged_trimmer(lake.table_uri(CHUNKS), f"chunks-{summary.run_id}"), metadata_schema)
+            .collect()
+        )
+        as_is.extend(r.asDict() for r in trimmed)
+    return as_is
+
+
+def _remove_staged(lake: Lake, staging_prefix: str, *, keep_committed: bool) -> None:
+    """Delete staged chunk files the run did not commit (all of them if the run failed)."""
+    import pyarrow.fs as pafs
+
+    fs, root = delta.filesystem(lake.table_uri(CHUNKS))
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return
+    committed = {f.rsplit("/", 1)[-1] for f in lake.files(CHUNKS)} if keep_committed else set()
+    for info in infos:
+        name = info.base_name
+        if name.startswith(staging_prefix) and name not in committed:
+            fs.delete_file(info.path)
+
+
+def _write_quarantine(spark, options, lake, listing, analyzed, empty_paths, root, now, run_id, summary, metadata_schema) -> list[dict]:
+    """Quarantine rows: bad content, zero bytes, too large, or unreadable; new ones only."""
+    from pyspark.sql import functions as F
+
+    schema = "source_uri string, relative_path string, size bigint, reason string, detail string"
+    irregular = [(p, relative_to(p, root), 0, REASON_EMPTY, "the file is empty (0 bytes)") for p in empty_paths]
+    for r in listing.filter(F.col("length") > options.max_file_size).collect():
+        detail = f"file is {r['length']} bytes, over the {options.max_file_size}-byte limit (--max-file-size)"
+        irregular.append((r["path"], relative_to(r["path"], root), r["length"], REASON_TOO_LARGE, detail))
+    readable = listing.filter(F.col("length") <= options.max_file_size)
+    for r in readable.join(analyzed.select(F.col("source_uri").alias("path")), "path", "left_anti").collect():
+        detail = "Spark could not read the file (permissions, or removed during the ingest)"
+        irregular.append((r["path"], relative_to(r["path"], root), r["length"], REASON_UNREADABLE, detail))
+    bad = analyzed.filter(F.col("reason").isNotNull()).select("source_uri", "relative_path", "size", "reason", "detail")
+    quarantined = bad.unionByName(spark.createDataFrame(irregular, schema)).persist()
+    reasons = {r["reason"]: r["n"] for r in quarantined.groupBy("reason").agg(F.count("*").alias("n")).collect()}
+    summary.files_quarantined = sum(reasons.values())
+    summary.quarantine_reasons = reasons
+    if not reasons:
+        return []
+    old = lake.dataframe(spark, QUARANTINE).filter(F.col("dataset") == options.dataset).select("source_uri", "size", "reason")
+    rows = quarantined.join(old, ["source_uri", "size", "reason"], "left_anti").select(
+        F.lit(options.dataset).alias("dataset"), F.lit(options.split).alias("split"), "relative_path", "source_uri",
+        "size", "reason", "detail", F.lit(now).alias("ingested_at"), F.lit(run_id).alias("ingest_run"),
+    )
+    writer = _table_writer(lake.table_uri(QUARANTINE), QUARANTINE_SCHEMA, WRITE_OPTIONS[QUARANTINE], "quarantine")
+    files = [r.asDict() for r in rows.coalesce(1).mapInArrow(writer, metadata_schema).collect()]
+    quarantined.unpersist()
+    summary.quarantine_rows_added = sum(int(m["num_records"]) for m in files)
+    return files
 
 
 def _relative_file(uri: str, table_uri: str) -> str:
@@ -664,8 +688,11 @@ def _lake_totals(spark: SparkSession, lake: Lake, summary: IngestSummary) -> Non
     """Lake-wide logical and physical bytes from the size columns alone (no chunk bytes read)."""
     from pyspark.sql import functions as F
 
-    summary.lake_logical_bytes = int(lake.dataframe(spark, MANIFESTS).agg(F.sum("size")).first()[0] or 0)
-    summary.lake_physical_bytes = int(lake.dataframe(spark, CHUNKS).agg(F.sum("size")).first()[0] or 0)
+    logical = lake.dataframe(spark, MANIFESTS).agg(F.sum("size").alias("logical"))
+    physical = lake.dataframe(spark, CHUNKS).agg(F.sum("size").alias("physical"))
+    row = logical.crossJoin(physical).first()
+    summary.lake_logical_bytes = int(row["logical"] or 0)
+    summary.lake_physical_bytes = int(row["physical"] or 0)
     summary.lake_dedup_ratio = (
         round(summary.lake_logical_bytes / summary.lake_physical_bytes, 4) if summary.lake_physical_bytes else 0.0
     )
