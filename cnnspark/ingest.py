@@ -68,6 +68,7 @@ MANIFEST_ROWS_PER_FILE = 200_000
 
 REASON_TOO_LARGE = "too_large"
 REASON_UNREADABLE = "unreadable"
+BAD = "bad:"  # prefix of a quarantined file's class in the classification step
 GLOB_CHARS = re.compile(r"[*?\[{]")
 
 ANALYZED_SCHEMA = pa.schema(
@@ -500,21 +501,22 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
     analyzer = _analyzer(root, params, lake.table_uri(CHUNKS), staging_prefix, known)
     analyzed = scan.mapInArrow(analyzer, from_arrow_schema(ANALYZED_SCHEMA)).persist(StorageLevel.MEMORY_AND_DISK)
 
-    good = analyzed.filter(F.col("reason").isNull())
+    labelled = analyzed
     if options.labels == "dirname":
-        good = good.withColumn("label", F.col("dirname_label"))
+        labelled = labelled.withColumn("label", F.col("dirname_label"))
     elif options.labels == "none":
-        good = good.withColumn("label", F.lit(None).cast("string"))
+        labelled = labelled.withColumn("label", F.lit(None).cast("string"))
     else:
-        good = good.join(_labels_frame(spark, options.labels), "relative_path", "left").withColumnRenamed("csv_label", "label")
+        labelled = labelled.join(_labels_frame(spark, options.labels), "relative_path", "left").withColumnRenamed("csv_label", "label")
     existing = lake_manifests.filter((F.col("dataset") == options.dataset) & (F.col("split") == options.split)).select(
         "relative_path", F.col("content_hash").alias("old_hash"), F.input_file_name().alias("manifest_file")
     )
     classified = (
-        good.join(existing, "relative_path", "left")
+        labelled.join(existing, "relative_path", "left")
         .withColumn(
             "change",
-            F.when(F.col("old_hash").isNull(), F.lit("new"))
+            F.when(F.col("reason").isNotNull(), F.concat(F.lit(BAD), F.col("reason")))
+            .when(F.col("old_hash").isNull(), F.lit("new"))
             .when(F.col("old_hash") == F.col("content_hash"), F.lit("unchanged"))
             .otherwise(F.lit("changed")),
         )
@@ -532,6 +534,7 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
     summary.files_unchanged = counts.get("unchanged", (0, 0))[0]
     summary.files_ingested = summary.files_new + summary.files_changed
     summary.logical_bytes = new_bytes + changed_bytes
+    bad_reasons = {k[len(BAD) :]: n for k, (n, _) in counts.items() if k.startswith(BAD)}
 
     # 4. Chunks: keep each staged chunk the lake lacks exactly once.
     _say(progress, "[4/5] deduplicating staged chunks against the batch and the lake")
@@ -539,7 +542,7 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
 
     # 5. Manifests (changed files replace their old rows copy-on-write) and quarantine.
     _say(progress, f"[5/5] writing {summary.files_ingested} manifests and the quarantine")
-    to_add = classified.filter(F.col("change") != "unchanged")
+    to_add = classified.filter(F.col("change").isin("new", "changed"))
     manifest_rows = to_add.select(
         F.lit(options.dataset).alias("dataset"), F.lit(options.split).alias("split"), "label", "relative_path",
         "source_uri", "size", "content_hash", "chunk_ids", "chunk_sizes", "format", "width", "height", "channels",
@@ -566,7 +569,9 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
         writer = _table_writer(lake.table_uri(MANIFESTS), MANIFESTS_SCHEMA, WRITE_OPTIONS[MANIFESTS], "manifests")
         manifest_files = [r.asDict() for r in manifest_rows.coalesce(parts).mapInArrow(writer, metadata_schema).collect()]
 
-    quarantine_files = _write_quarantine(spark, options, lake, listing, analyzed, empty_paths, root, now, run_id, summary, metadata_schema)
+    quarantine_files = _write_quarantine(
+        spark, options, lake, listing, analyzed, bad_reasons, empty_paths, root, now, run_id, summary, metadata_schema
+    )
 
     # Commit: chunks before manifests, so no manifest ever points at a missing chunk.
     meta = {"cnnspark.run": run_id, "cnnspark.dataset": options.dataset, "cnnspark.split": options.split}
@@ -641,26 +646,30 @@ def _remove_staged(lake: Lake, staging_prefix: str, *, keep_committed: bool) -> 
             fs.delete_file(info.path)
 
 
-def _write_quarantine(spark, options, lake, listing, analyzed, empty_paths, root, now, run_id, summary, metadata_schema) -> list[dict]:
+def _write_quarantine(
+    spark, options, lake, listing, analyzed, bad_reasons, empty_paths, root, now, run_id, summary, metadata_schema
+) -> list[dict]:
     """Quarantine rows: bad content, zero bytes, too large, or unreadable; new ones only."""
     from pyspark.sql import functions as F
 
     schema = "source_uri string, relative_path string, size bigint, reason string, detail string"
     irregular = [(p, relative_to(p, root), 0, REASON_EMPTY, "the file is empty (0 bytes)") for p in empty_paths]
-    for r in listing.filter(F.col("length") > options.max_file_size).collect():
-        detail = f"file is {r['length']} bytes, over the {options.max_file_size}-byte limit (--max-file-size)"
-        irregular.append((r["path"], relative_to(r["path"], root), r["length"], REASON_TOO_LARGE, detail))
-    readable = listing.filter(F.col("length") <= options.max_file_size)
-    for r in readable.join(analyzed.select(F.col("source_uri").alias("path")), "path", "left_anti").collect():
-        detail = "Spark could not read the file (permissions, or removed during the ingest)"
-        irregular.append((r["path"], relative_to(r["path"], root), r["length"], REASON_UNREADABLE, detail))
-    bad = analyzed.filter(F.col("reason").isNotNull()).select("source_uri", "relative_path", "size", "reason", "detail")
-    quarantined = bad.unionByName(spark.createDataFrame(irregular, schema)).persist()
-    reasons = {r["reason"]: r["n"] for r in quarantined.groupBy("reason").agg(F.count("*").alias("n")).collect()}
+    # Listed but not analysed: over the size limit (filtered out) or unreadable (skipped by Spark).
+    for r in listing.join(analyzed.select(F.col("source_uri").alias("path")), "path", "left_anti").collect():
+        if r["length"] > options.max_file_size:
+            reason, detail = REASON_TOO_LARGE, f"file is {r['length']} bytes, over the {options.max_file_size}-byte limit (--max-file-size)"
+        else:
+            reason, detail = REASON_UNREADABLE, "Spark could not read the file (permissions, or removed during the ingest)"
+        irregular.append((r["path"], relative_to(r["path"], root), r["length"], reason, detail))
+    reasons = dict(bad_reasons)
+    for row in irregular:
+        reasons[row[3]] = reasons.get(row[3], 0) + 1
     summary.files_quarantined = sum(reasons.values())
     summary.quarantine_reasons = reasons
     if not reasons:
         return []
+    bad = analyzed.filter(F.col("reason").isNotNull()).select("source_uri", "relative_path", "size", "reason", "detail")
+    quarantined = bad.unionByName(spark.createDataFrame(irregular, schema))
     old = lake.dataframe(spark, QUARANTINE).filter(F.col("dataset") == options.dataset).select("source_uri", "size", "reason")
     rows = quarantined.join(old, ["source_uri", "size", "reason"], "left_anti").select(
         F.lit(options.dataset).alias("dataset"), F.lit(options.split).alias("split"), "relative_path", "source_uri",
@@ -668,7 +677,6 @@ def _write_quarantine(spark, options, lake, listing, analyzed, empty_paths, root
     )
     writer = _table_writer(lake.table_uri(QUARANTINE), QUARANTINE_SCHEMA, WRITE_OPTIONS[QUARANTINE], "quarantine")
     files = [r.asDict() for r in rows.coalesce(1).mapInArrow(writer, metadata_schema).collect()]
-    quarantined.unpersist()
     summary.quarantine_rows_added = sum(int(m["num_records"]) for m in files)
     return files
 
