@@ -117,6 +117,7 @@ def write_parquet_files(
     one file. Returned paths are relative to the table root, ready for :func:`add_action`.
     """
     fs, root = filesystem(table_uri)
+    fs.create_dir(root, recursive=True)  # no-op on object stores and for existing folders
     pending: list[pa.RecordBatch] = []
     pending_bytes = 0
 

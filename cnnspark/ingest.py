@@ -482,21 +482,16 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
     params = options.chunking
     metadata_schema = from_arrow_schema(delta.FILE_METADATA_SCHEMA)
 
-    # 1. List (no content read).
+    # 1. List (no content read; Spark lists again, lazily, for the read).
     _say(progress, f"[1/5] listing {options.source}")
-    listing = _list_source(spark, options.source).select("path", "length").persist(StorageLevel.MEMORY_AND_DISK)
+    listing = _list_source(spark, options.source).select("path", "length")
     empty_paths = zero_byte_files(options.source)
-    summary.files_seen = listing.count() + len(empty_paths)
-    if summary.files_seen == 0:
-        raise SourceError(f"no files found under {options.source}; check the path (names starting with . or _ are skipped)")
 
     # 2. The one read of every file: analyse it and stage the chunks the lake may lack.
-    _say(progress, f"[2/5] reading {summary.files_seen} files: format, header, FastCDC chunks ({params.label}), XXH3-128 hashes")
-    lake.ensure()
+    _say(progress, f"[2/5] reading files under {options.source}: format, header, FastCDC chunks ({params.label}), XXH3-128 hashes")
     lake_manifests = lake.dataframe(spark, MANIFESTS)
-    known = spark.sparkContext.broadcast(
-        _KnownHashes([r[0] for r in lake_manifests.select("content_hash").distinct().collect()])
-    )
+    hashes = [r[0] for r in lake_manifests.select("content_hash").distinct().collect()] if lake.files(MANIFESTS) else []
+    known = spark.sparkContext.broadcast(_KnownHashes(hashes))
     scan = _list_source(spark, options.source).filter(F.col("length") <= options.max_file_size)
     analyzer = _analyzer(root, params, lake.table_uri(CHUNKS), staging_prefix, known)
     analyzed = scan.mapInArrow(analyzer, from_arrow_schema(ANALYZED_SCHEMA)).persist(StorageLevel.MEMORY_AND_DISK)
@@ -535,6 +530,9 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
     summary.files_ingested = summary.files_new + summary.files_changed
     summary.logical_bytes = new_bytes + changed_bytes
     bad_reasons = {k[len(BAD) :]: n for k, (n, _) in counts.items() if k.startswith(BAD)}
+    analysed_files = sum(n for n, _ in counts.values())
+    if analysed_files == 0 and not empty_paths and listing.isEmpty():
+        raise SourceError(f"no files found under {options.source}; check the path (names starting with . or _ are skipped)")
 
     # 4. Chunks: keep each staged chunk the lake lacks exactly once.
     _say(progress, "[4/5] deduplicating staged chunks against the batch and the lake")
@@ -572,8 +570,10 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
     quarantine_files = _write_quarantine(
         spark, options, lake, listing, analyzed, bad_reasons, empty_paths, root, now, run_id, summary, metadata_schema
     )
+    summary.files_seen = analysed_files + summary.files_quarantined - sum(bad_reasons.values())
 
     # Commit: chunks before manifests, so no manifest ever points at a missing chunk.
+    lake.ensure()
     meta = {"cnnspark.run": run_id, "cnnspark.dataset": options.dataset, "cnnspark.split": options.split}
     so = lake.storage_options
     delta.commit(lake.table_uri(CHUNKS), CHUNKS_SCHEMA, chunk_files, operation="ingest", metadata=meta, storage_options=so)
@@ -581,7 +581,7 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
     delta.commit(lake.table_uri(MANIFESTS), MANIFESTS_SCHEMA, manifest_files, replaced, operation="ingest", metadata=meta, storage_options=so)
     delta.commit(lake.table_uri(QUARANTINE), QUARANTINE_SCHEMA, quarantine_files, operation="ingest", metadata=meta, storage_options=so)
     summary.committed_versions = {name: lake.version(name) for name in (CHUNKS, MANIFESTS, QUARANTINE)}
-    for frame in (listing, analyzed, classified):
+    for frame in (analyzed, classified):
         frame.unpersist()
     known.unpersist()
     _lake_totals(spark, lake, summary)
