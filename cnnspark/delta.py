@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -110,11 +110,14 @@ def write_parquet_files(
     options: WriteOptions,
     *,
     prefix: str = "part",
+    name_of: Callable[[pa.Table], str] | None = None,
 ) -> Iterator[dict]:
     """Write ``batches`` into Parquet files inside ``table_uri``; yield each file's metadata.
 
     Rows are gathered until ``options.file_bytes``, sorted by ``options.sort_by`` and written as
     one file. Returned paths are relative to the table root, ready for :func:`add_action`.
+    Files are named ``{prefix}-{uuid}``, or ``{prefix}-{name_of(table)}`` when given (a name
+    derived from the content makes a recomputed Spark task rewrite the same file).
     """
     fs, root = filesystem(table_uri)
     fs.create_dir(root, recursive=True)  # no-op on object stores and for existing folders
@@ -125,7 +128,8 @@ def write_parquet_files(
         table = pa.Table.from_batches(pending, schema=schema)
         if options.sort_by:
             table = table.sort_by([(c, "ascending") for c in options.sort_by])
-        name = f"{prefix}-{uuid.uuid4().hex}.{options.compression}.parquet"
+        suffix = name_of(table) if name_of else uuid.uuid4().hex
+        name = f"{prefix}-{suffix}.{options.compression}.parquet"
         path = f"{root.rstrip('/')}/{name}"
         with fs.open_output_stream(path) as sink:
             pq.write_table(

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from cnnspark import delta
 from cnnspark.chunking import ChunkingParams, chunk_id, chunk_key, content_hash, cut_points
@@ -69,6 +70,7 @@ MANIFEST_ROWS_PER_FILE = 200_000
 REASON_TOO_LARGE = "too_large"
 REASON_UNREADABLE = "unreadable"
 BAD = "bad:"  # prefix of a quarantined file's class in the classification step
+IRREGULAR = "irregular"  # listed but not analysed: too large or unreadable
 GLOB_CHARS = re.compile(r"[*?\[{]")
 
 ANALYZED_SCHEMA = pa.schema(
@@ -301,7 +303,9 @@ def _analyzer(
                     [pa.array(ids, pa.binary()), pa.array(keys, pa.int64()), pa.array(sizes, pa.int32()), pa.array(datas, pa.binary())],
                     schema=CHUNKS_SCHEMA,
                 )
-                (staged,) = delta.write_parquet_files(chunks_uri, CHUNKS_SCHEMA, [batch], options, prefix=staging_prefix)
+                (staged,) = delta.write_parquet_files(
+                    chunks_uri, CHUNKS_SCHEMA, [batch], options, prefix=staging_prefix, name_of=_ids_digest
+                )
             for row in held_rows:
                 if row.get("staged_ids"):
                     row["staged_file"] = staged["path"]
@@ -340,23 +344,43 @@ def _analyzer(
     return analyze
 
 
-def _staged_trimmer(chunks_uri: str, prefix: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """Rewrite a staged chunk file keeping only the ids assigned to it; yields the new file's metadata."""
+def _ids_digest(table: pa.Table) -> str:
+    """A name for a chunk file from the ids it holds: the same chunks give the same name."""
+    h = xxhash.xxh3_128()
+    for cid in table.column("id").to_pylist():
+        h.update(cid)
+    return h.hexdigest()
 
-    def trim(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+
+SETTLED_SCHEMA = pa.schema([*delta.FILE_METADATA_SCHEMA, pa.field("payload_bytes", pa.int64())])
+
+
+def _settler(chunks_uri: str, prefix: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """For each staged file: pass it on whole, rewrite it with only its assigned ids, or drop it."""
+
+    def settle(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         fs, root = delta.filesystem(chunks_uri)
         for batch in batches:
-            for name, keep in zip(batch.column("staged_file").to_pylist(), batch.column("ids").to_pylist(), strict=True):
-                with fs.open_input_file(f"{root.rstrip('/')}/{name}") as f:
-                    table = pq.read_table(f, schema=CHUNKS_SCHEMA)
-                kept = table.filter(pc.is_in(table.column("id"), value_set=pa.array(keep, pa.binary())))
-                for meta in delta.write_parquet_files(chunks_uri, CHUNKS_SCHEMA, kept.to_batches(), WRITE_OPTIONS[CHUNKS], prefix=prefix):
-                    yield pa.RecordBatch.from_pylist([meta], schema=delta.FILE_METADATA_SCHEMA)
+            for row in batch.to_pylist():
+                meta = json.loads(row["staged_meta"])
+                if row["kept"] == 0:
+                    continue
+                if row["kept"] == meta["num_records"]:
+                    out = [meta]
+                else:
+                    with fs.open_input_file(f"{root.rstrip('/')}/{row['staged_file']}") as f:
+                        table = pq.read_table(f, schema=CHUNKS_SCHEMA)
+                    kept = table.filter(pc.is_in(table.column("id"), value_set=pa.array(row["ids"], pa.binary())))
+                    out = list(
+                        delta.write_parquet_files(chunks_uri, CHUNKS_SCHEMA, kept.to_batches(), WRITE_OPTIONS[CHUNKS], prefix=prefix, name_of=_ids_digest)
+                    )
+                for i, m in enumerate(out):
+                    yield pa.RecordBatch.from_pylist([{**m, "payload_bytes": row["kept_bytes"] if i == 0 else 0}], schema=SETTLED_SCHEMA)
 
-    return trim
+    return settle
 
 
 def _table_writer(
@@ -506,11 +530,15 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
     existing = lake_manifests.filter((F.col("dataset") == options.dataset) & (F.col("split") == options.split)).select(
         "relative_path", F.col("content_hash").alias("old_hash"), F.input_file_name().alias("manifest_file")
     )
+    # Every listed file, joined with its analysis: none means too large or unreadable.
     classified = (
-        labelled.join(existing, "relative_path", "left")
+        listing.join(labelled.withColumnRenamed("source_uri", "path"), "path", "left")
+        .withColumnRenamed("path", "source_uri")
+        .join(existing, "relative_path", "left")
         .withColumn(
             "change",
-            F.when(F.col("reason").isNotNull(), F.concat(F.lit(BAD), F.col("reason")))
+            F.when(F.col("size").isNull(), F.lit(IRREGULAR))
+            .when(F.col("reason").isNotNull(), F.concat(F.lit(BAD), F.col("reason")))
             .when(F.col("old_hash").isNull(), F.lit("new"))
             .when(F.col("old_hash") == F.col("content_hash"), F.lit("unchanged"))
             .otherwise(F.lit("changed")),
@@ -530,13 +558,13 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
     summary.files_ingested = summary.files_new + summary.files_changed
     summary.logical_bytes = new_bytes + changed_bytes
     bad_reasons = {k[len(BAD) :]: n for k, (n, _) in counts.items() if k.startswith(BAD)}
-    analysed_files = sum(n for n, _ in counts.values())
-    if analysed_files == 0 and not empty_paths and listing.isEmpty():
+    listed_files = sum(n for n, _ in counts.values())
+    if listed_files == 0 and not empty_paths:
         raise SourceError(f"no files found under {options.source}; check the path (names starting with . or _ are skipped)")
 
     # 4. Chunks: keep each staged chunk the lake lacks exactly once.
     _say(progress, "[4/5] deduplicating staged chunks against the batch and the lake")
-    chunk_files = _settle_staged(spark, lake, analyzed, staging_prefix, summary, metadata_schema)
+    chunk_files = _settle_staged(spark, lake, analyzed, staging_prefix, summary)
 
     # 5. Manifests (changed files replace their old rows copy-on-write) and quarantine.
     _say(progress, f"[5/5] writing {summary.files_ingested} manifests and the quarantine")
@@ -567,10 +595,11 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
         writer = _table_writer(lake.table_uri(MANIFESTS), MANIFESTS_SCHEMA, WRITE_OPTIONS[MANIFESTS], "manifests")
         manifest_files = [r.asDict() for r in manifest_rows.coalesce(parts).mapInArrow(writer, metadata_schema).collect()]
 
+    irregular = classified.filter(F.col("change") == IRREGULAR).select("source_uri", "length").collect() if IRREGULAR in counts else []
     quarantine_files = _write_quarantine(
-        spark, options, lake, listing, analyzed, bad_reasons, empty_paths, root, now, run_id, summary, metadata_schema
+        spark, options, lake, analyzed, bad_reasons, irregular, empty_paths, root, now, run_id, summary, metadata_schema
     )
-    summary.files_seen = analysed_files + summary.files_quarantined - sum(bad_reasons.values())
+    summary.files_seen = listed_files + len(empty_paths)
 
     # Commit: chunks before manifests, so no manifest ever points at a missing chunk.
     lake.ensure()
@@ -587,13 +616,14 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
     _lake_totals(spark, lake, summary)
 
 
-def _settle_staged(spark, lake: Lake, analyzed, staging_prefix: str, summary: IngestSummary, metadata_schema) -> list[dict]:
-    """Decide each staged chunk file's fate: commit it as it is, trim it, or drop it.
+def _settle_staged(spark, lake: Lake, analyzed, staging_prefix: str, summary: IngestSummary) -> list[dict]:
+    """Decide each staged chunk file's fate, in one Spark job: commit it whole, trim it, or drop it.
 
     A staged chunk is kept when the lake lacks its id and it is the first staged copy of that id
-    (files are ordered by name); the rest are duplicates across tasks or of the lake.
+    (staged files ordered by name); the others are duplicates across tasks or of the lake.
     """
     from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
 
     staged = analyzed.select("staged_file", F.explode("staged_ids").alias("id")).filter(F.col("staged_file").isNotNull())
     sizes = analyzed.select(F.explode(F.arrays_zip("chunk_ids", "chunk_sizes")).alias("c")).select(
@@ -607,27 +637,16 @@ def _settle_staged(spark, lake: Lake, analyzed, staging_prefix: str, summary: In
     files = (
         analyzed.filter(F.col("staged_file").isNotNull()).select("staged_file", "staged_meta").distinct()
         .join(kept, "staged_file", "left")
-        .select("staged_file", "staged_meta", F.coalesce("kept", F.lit(0)).alias("kept"), F.coalesce("kept_bytes", F.lit(0)).alias("kept_bytes"))
+        .select(
+            "staged_file", "staged_meta", F.coalesce("kept", F.lit(0)).alias("kept"),
+            F.coalesce("kept_bytes", F.lit(0)).alias("kept_bytes"), "ids",
+        )
+        .mapInArrow(_settler(lake.table_uri(CHUNKS), f"{staging_prefix}-trimmed"), from_arrow_schema(SETTLED_SCHEMA))
         .collect()
     )
-    summary.new_chunks = sum(r["kept"] for r in files)
-    summary.new_physical_bytes = sum(int(r["kept_bytes"]) for r in files)
-    as_is, partial = [], []
-    for r in files:
-        meta = json.loads(r["staged_meta"])
-        if r["kept"] == meta["num_records"]:
-            as_is.append(meta)
-        elif r["kept"]:
-            partial.append(r["staged_file"])
-    if partial:
-        trimmed = (
-            kept.filter(F.col("staged_file").isin(partial)).select("staged_file", "ids")
-            .repartition(min(len(partial), spark.sparkContext.defaultParallelism))
-            .mapInArrow(_staged_trimmer(lake.table_uri(CHUNKS), f"chunks-{summary.run_id}"), metadata_schema)
-            .collect()
-        )
-        as_is.extend(r.asDict() for r in trimmed)
-    return as_is
+    summary.new_chunks = sum(int(r["num_records"]) for r in files)
+    summary.new_physical_bytes = sum(int(r["payload_bytes"]) for r in files)
+    return [{k: r[k] for k in delta.FILE_METADATA_SCHEMA.names} for r in files]
 
 
 def _remove_staged(lake: Lake, staging_prefix: str, *, keep_committed: bool) -> None:
@@ -647,36 +666,35 @@ def _remove_staged(lake: Lake, staging_prefix: str, *, keep_committed: bool) -> 
 
 
 def _write_quarantine(
-    spark, options, lake, listing, analyzed, bad_reasons, empty_paths, root, now, run_id, summary, metadata_schema
+    spark, options, lake, analyzed, bad_reasons, irregular, empty_paths, root, now, run_id, summary, metadata_schema
 ) -> list[dict]:
     """Quarantine rows: bad content, zero bytes, too large, or unreadable; new ones only."""
     from pyspark.sql import functions as F
 
     schema = "source_uri string, relative_path string, size bigint, reason string, detail string"
-    irregular = [(p, relative_to(p, root), 0, REASON_EMPTY, "the file is empty (0 bytes)") for p in empty_paths]
-    # Listed but not analysed: over the size limit (filtered out) or unreadable (skipped by Spark).
-    for r in listing.join(analyzed.select(F.col("source_uri").alias("path")), "path", "left_anti").collect():
+    rows = [(p, relative_to(p, root), 0, REASON_EMPTY, "the file is empty (0 bytes)") for p in empty_paths]
+    for r in irregular:  # listed but not analysed: over the size limit, or skipped by Spark
         if r["length"] > options.max_file_size:
             reason, detail = REASON_TOO_LARGE, f"file is {r['length']} bytes, over the {options.max_file_size}-byte limit (--max-file-size)"
         else:
             reason, detail = REASON_UNREADABLE, "Spark could not read the file (permissions, or removed during the ingest)"
-        irregular.append((r["path"], relative_to(r["path"], root), r["length"], reason, detail))
+        rows.append((r["source_uri"], relative_to(r["source_uri"], root), r["length"], reason, detail))
     reasons = dict(bad_reasons)
-    for row in irregular:
+    for row in rows:
         reasons[row[3]] = reasons.get(row[3], 0) + 1
     summary.files_quarantined = sum(reasons.values())
     summary.quarantine_reasons = reasons
     if not reasons:
         return []
     bad = analyzed.filter(F.col("reason").isNotNull()).select("source_uri", "relative_path", "size", "reason", "detail")
-    quarantined = bad.unionByName(spark.createDataFrame(irregular, schema))
+    quarantined = bad.unionByName(spark.createDataFrame(rows, schema))
     old = lake.dataframe(spark, QUARANTINE).filter(F.col("dataset") == options.dataset).select("source_uri", "size", "reason")
-    rows = quarantined.join(old, ["source_uri", "size", "reason"], "left_anti").select(
+    new_rows = quarantined.join(old, ["source_uri", "size", "reason"], "left_anti").select(
         F.lit(options.dataset).alias("dataset"), F.lit(options.split).alias("split"), "relative_path", "source_uri",
         "size", "reason", "detail", F.lit(now).alias("ingested_at"), F.lit(run_id).alias("ingest_run"),
     )
     writer = _table_writer(lake.table_uri(QUARANTINE), QUARANTINE_SCHEMA, WRITE_OPTIONS[QUARANTINE], "quarantine")
-    files = [r.asDict() for r in rows.coalesce(1).mapInArrow(writer, metadata_schema).collect()]
+    files = [r.asDict() for r in new_rows.coalesce(1).mapInArrow(writer, metadata_schema).collect()]
     summary.quarantine_rows_added = sum(int(m["num_records"]) for m in files)
     return files
 
