@@ -17,7 +17,8 @@ from cnnspark.errors import CnnsparkError
 
 # Each module in cnnspark/commands/ has register(subparsers): it adds its subcommands and sets
 # ``handler`` (a function of the parsed args returning an exit code) on each.
-COMMAND_MODULES = ("ingest",)
+ON_DATABRICKS = "DATABRICKS_RUNTIME_VERSION" in os.environ
+COMMAND_MODULES = ("ingest", "read", "stats", "demo", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,21 +58,28 @@ def run(argv: Sequence[str] | None = None) -> None:
         code = main(argv)
     except SystemExit as e:  # argparse errors and --help
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - flushing the broken pipe must not raise
+        code = 0
     except BaseException:  # noqa: BLE001 - report any crash with its traceback, then exit 3
         import traceback
 
         traceback.print_exc()
         code = 3
-    finally:
-        _stop_spark()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    _stop_spark()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if ON_DATABRICKS:
+        # A Databricks Python task owns its process: report failure by raising, success by returning.
+        if code:
+            raise SystemExit(code)
+        return
+    os._exit(code)
 
 
 def _stop_spark() -> None:
     """Stop the session we ran on, except on Databricks, where the cluster owns it."""
-    if "pyspark" not in sys.modules or "DATABRICKS_RUNTIME_VERSION" in os.environ:
+    if "pyspark" not in sys.modules or ON_DATABRICKS:
         return
     from pyspark.sql import SparkSession
 
