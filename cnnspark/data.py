@@ -27,6 +27,7 @@ ones, sorted among themselves, so indexes already used by a model never move.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import urllib.parse
@@ -181,8 +182,9 @@ class _Transform:
         ]
         size = int(np.prod(self.options.shape))
         flat = np.empty(len(rows) * size, np.float32)
+        batch = flat.reshape((len(rows), *self.options.shape))
         for k, (_, data) in enumerate(self.reader.rebuild_many(rows)):
-            flat[k * size : (k + 1) * size] = decode_image(data, self.options).reshape(-1)
+            decode_image(data, self.options, out=batch[k])  # straight into the row group's buffer
         # An Arrow-backed column: Petastorm's pa.Table.from_pandas takes it without copying,
         # where a column of numpy arrays costs about as much as decoding the images.
         offsets = pa.array(np.arange(len(rows) + 1, dtype=np.int32) * size)
@@ -295,6 +297,164 @@ def make_reader(
     )
 
 
+class _ColumnResults:
+    """Petastorm's results-queue reader for ``make_batch_reader``, without its copies.
+
+    Petastorm's own (``ArrowReaderWorkerResultsQueueReader``) turns a fixed-shape list column into
+    pandas objects, one numpy array per row, and ``np.vstack``s them: two copies of every image
+    plus per-row Python work, in the training process. Here the column's flat values become one
+    (rows, *shape) array without a copy. The arrays are read-only views of the row group's Arrow
+    buffers: :class:`_BatchLoader` copies rows out of them into the batches it hands over.
+    """
+
+    batched_output = True
+
+    def read_next(self, workers_pool, schema, ngram):
+        from petastorm.workers_pool import EmptyResultError
+
+        try:
+            table = workers_pool.get_results()
+        except EmptyResultError:
+            raise StopIteration from None
+        columns = {}
+        for name in table.column_names:
+            column = table.column(name)
+            array = column.chunks[0] if column.num_chunks == 1 else column.combine_chunks()
+            shape = tuple(schema.fields[name].shape or ())
+            if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+                values = array.flatten().to_numpy(zero_copy_only=False)
+                if shape and None not in shape and values.size == len(array) * int(np.prod(shape)):
+                    columns[name] = values.reshape((len(array), *shape))
+                else:  # unknown shape: as petastorm does it
+                    stacked = np.vstack(array.to_pandas().tolist())
+                    columns[name] = stacked.reshape((len(array), *shape)) if len(shape) > 1 else stacked
+            elif pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+                columns[name] = np.asarray(array.to_pylist(), dtype=np.str_)
+            else:
+                columns[name] = array.to_numpy(zero_copy_only=False)
+        return schema.make_namedtuple(**columns)
+
+
+def _use_column_results(reader) -> None:
+    """Swap in :class:`_ColumnResults` where the reader is petastorm 0.12's batched Arrow reader."""
+    from petastorm.arrow_reader_worker import ArrowReaderWorkerResultsQueueReader
+
+    if isinstance(getattr(reader, "_results_queue_reader", None), ArrowReaderWorkerResultsQueueReader):
+        reader._results_queue_reader = _ColumnResults()
+
+
+class _RowBuffer:
+    """Rows of column arrays waiting to become batches; each row is copied once into its batch.
+
+    Without shuffling (``capacity`` 0) rows leave in order. With shuffling every batch is a uniform
+    random draw from the buffered rows, and a batch is taken only while at least ``capacity - 1``
+    rows stay behind (as in petastorm's row-wise ``DataLoader``); the rows drawn are refilled from
+    the end of the buffer (swap-remove), so a batch costs O(batch), not O(buffer).
+    """
+
+    def __init__(self, batch_size: int, capacity: int, rng: np.random.Generator) -> None:
+        self.batch_size, self.capacity, self.rng = batch_size, capacity, rng
+        self.pending: list[tuple[dict[str, np.ndarray], int]] = []  # (columns, first unread row)
+        self.store: dict[str, np.ndarray] | None = None  # shuffling: rows [0, size) are live
+        self.size = 0
+        self.done = False
+
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        rows = len(next(iter(columns.values())))
+        if rows == 0:
+            return
+        if not self.capacity:
+            self.pending.append((columns, 0))
+        else:
+            need = self.size + rows
+            if self.store is None or need > len(next(iter(self.store.values()))):
+                room = max(need, 2 * self.size, self.capacity + self.batch_size)
+                grown = {k: np.empty((room, *v.shape[1:]), v.dtype) for k, v in columns.items()}
+                if self.store is not None:
+                    for k, v in self.store.items():
+                        grown[k][: self.size] = v[: self.size]
+                self.store = grown
+            for k, v in columns.items():
+                self.store[k][self.size : need] = v
+        self.size += rows
+
+    def ready(self) -> bool:
+        if self.done:
+            return self.size > 0
+        return self.size >= max(self.capacity - 1, 0) + self.batch_size
+
+    def take(self) -> dict[str, np.ndarray]:
+        n = min(self.batch_size, self.size)
+        if self.capacity:
+            return self._draw(n)
+        first = self.pending[0][0]
+        out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in first.items()}
+        filled = 0
+        while filled < n:
+            columns, at = self.pending[0]
+            k = min(n - filled, len(next(iter(columns.values()))) - at)
+            for name, v in columns.items():
+                out[name][filled : filled + k] = v[at : at + k]
+            filled += k
+            if at + k == len(next(iter(columns.values()))):
+                self.pending.pop(0)
+            else:
+                self.pending[0] = (columns, at + k)
+        self.size -= n
+        return out
+
+    def _draw(self, n: int) -> dict[str, np.ndarray]:
+        assert self.store is not None
+        picked = self.rng.choice(self.size, size=n, replace=False)
+        out = {k: v[picked] for k, v in self.store.items()}  # fancy indexing: a fresh copy
+        rest = self.size - n
+        holes = picked[picked < rest]
+        if holes.size:
+            movers = np.setdiff1d(np.arange(rest, self.size), picked, assume_unique=True)
+            for v in self.store.values():
+                v[holes] = v[movers]
+        self.size = rest
+        return out
+
+
+@functools.cache
+def _batch_loader_class():
+    from petastorm.pytorch import LoaderBase
+
+    class _BatchLoader(LoaderBase):
+        """A torch loader over a batched Petastorm reader: whole row-group columns in, dicts of
+        tensors out, each row copied once (into its batch), no per-row Python work."""
+
+        def __init__(self, reader, batch_size: int = 1, shuffling_queue_capacity: int = 0, seed: int | None = None) -> None:
+            super().__init__()
+            if batch_size < 1:
+                raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+            self.reader, self.batch_size = reader, batch_size
+            self.shuffling_queue_capacity = max(0, int(shuffling_queue_capacity or 0))
+            self._rng = np.random.default_rng(seed)
+
+        def _iter_impl(self):
+            import torch
+
+            buffer = _RowBuffer(self.batch_size, self.shuffling_queue_capacity, self._rng)
+            for row_group in self.reader:
+                buffer.add(row_group._asdict())
+                while buffer.ready():
+                    yield {k: torch.from_numpy(v) for k, v in buffer.take().items()}
+            buffer.done = True
+            while buffer.ready():
+                yield {k: torch.from_numpy(v) for k, v in buffer.take().items()}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, exc_type, exc_val, exc_tb):
+            self.reader.stop()
+            self.reader.join()
+
+    return _BatchLoader
+
+
 def make_torch_dataloader(
     lake: Lake | str,
     dataset: str,
@@ -303,17 +463,25 @@ def make_torch_dataloader(
     shuffling_queue_capacity: int = 0,
     **reader_args,
 ):
-    """A ``petastorm.pytorch.DataLoader`` over :func:`make_reader` (same arguments).
+    """A torch loader over :func:`make_reader` (same arguments), with petastorm's loader interface.
 
-    Batches are dicts ``{"image": float32 tensor (B, C, H, W), "label": int64 tensor (B,)}``.
+    Batches are dicts ``{"image": float32 tensor (B, C, H, W), "label": int64 tensor (B,)}``; the
+    last one may be smaller. Each Petastorm row group arrives as whole columns (no per-row
+    unrolling and re-stacking, unlike ``petastorm.pytorch.DataLoader``), and each image is copied
+    once, into its batch, which the caller then owns. ``shuffling_queue_capacity`` > 0 draws every
+    batch uniformly at random from a buffer that keeps at least that many rows minus one until the
+    reader is exhausted (the same rule as petastorm's ``DataLoader``; seeded by ``seed``). With
+    ``shuffle`` on (the default) rows are also shuffled within each row group and row groups are
+    read in random order. A second ``for`` loop over the loader resets the reader (another pass).
     Use it as a context manager so the reader's workers stop at the end.
     """
-    from petastorm.pytorch import DataLoader
-
     if reader_args.get("with_path"):
         raise ConfigError("torch loaders cannot carry strings: leave with_path off for make_torch_dataloader")
     reader = make_reader(lake, dataset, **reader_args)
-    return DataLoader(reader, batch_size=batch_size, shuffling_queue_capacity=shuffling_queue_capacity)
+    _use_column_results(reader)
+    return _batch_loader_class()(
+        reader, batch_size=batch_size, shuffling_queue_capacity=shuffling_queue_capacity, seed=reader_args.get("seed")
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -163,10 +163,20 @@ def _channels_array(arr: np.ndarray, has_alpha: bool, channels: int, opaque: flo
     return np.concatenate([rgb, alpha], axis=-1)
 
 
-def decode_image(data: bytes | memoryview, options: DecodeOptions | None = None, **kwargs) -> np.ndarray:
-    """Decode image bytes into a float32 (C, H, W) array per ``options`` (or DecodeOptions(**kwargs))."""
+def decode_image(
+    data: bytes | memoryview, options: DecodeOptions | None = None, *, out: np.ndarray | None = None, **kwargs
+) -> np.ndarray:
+    """Decode image bytes into a float32 (C, H, W) array per ``options`` (or DecodeOptions(**kwargs)).
+
+    ``out``: a C-contiguous float32 array of shape ``options.shape`` to write into (e.g. one row of
+    a preallocated batch); it is returned. The values are the same with or without it.
+    """
     opts = options if options is not None else DecodeOptions(**kwargs)
     h, w = opts.image_size
+    if out is not None and (out.shape != opts.shape or out.dtype != np.float32):
+        raise ValueError(f"out must be a float32 array of shape {opts.shape}, got {out.dtype} {out.shape}")
+    if out is None:
+        out = np.empty(opts.shape, np.float32)
     data = bytes(data)
     native, scale = _decode_native(data)
     img, scale, has_alpha = _to_hwc(native, scale)
@@ -180,18 +190,17 @@ def decode_image(data: bytes | memoryview, options: DecodeOptions | None = None,
             img = img.convert(want)
         if img.size != (w, h):
             img = img.resize((w, h), Image.BILINEAR)
-        out = np.asarray(img, dtype=np.float32)
-        if out.ndim == 2:
-            out = out[:, :, None]
-        out = out * np.float32(1.0 / 255.0)
+        pixels = np.asarray(img)  # uint8 (H, W[, C]); converted, scaled and transposed in one pass
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        np.multiply(np.transpose(pixels, (2, 0, 1)), np.float32(1.0 / 255.0), out=out, dtype=np.float32)
     else:
         arr = img.astype(np.float32)
         arr = _channels_array(arr, has_alpha, opts.channels, opaque=scale)
         if arr.shape[:2] != (h, w):
             planes = [np.asarray(Image.fromarray(np.ascontiguousarray(arr[..., k]), mode="F").resize((w, h), Image.BILINEAR)) for k in range(arr.shape[-1])]
             arr = np.stack(planes, axis=-1)
-        out = arr * np.float32(1.0 / scale)
-    out = np.ascontiguousarray(np.transpose(out, (2, 0, 1)), dtype=np.float32)
+        np.multiply(np.transpose(arr, (2, 0, 1)), np.float32(1.0 / scale), out=out, dtype=np.float32)
     if opts.mean is not None:
         out -= np.asarray(opts.mean, np.float32)[:, None, None]
     if opts.std is not None:

@@ -61,15 +61,17 @@ class LakeReader:
         self.threads = threads
         self.index = chunkstore.ChunkIndex(self.lake)
         self._fetch_lock = threading.Lock()
+        self._unwritten: dict[bytes, bytes] = {}  # read from the lake, being written to the cache
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        del state["_fetch_lock"]
+        del state["_fetch_lock"], state["_unwritten"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._fetch_lock = threading.Lock()
+        self._unwritten = {}
 
     def __repr__(self) -> str:
         return f"LakeReader({self.lake.uri!r}, cache={self.cache!r})"
@@ -109,22 +111,43 @@ class LakeReader:
         wanted = set(ids)
         out: dict[bytes, bytes] = self.cache.get_many(wanted) if self.cache is not None else {}
         missing = wanted - out.keys()
-        if missing and self.cache is not None:
-            # One lake read at a time per process: with read-ahead, a concurrent worker's read
-            # usually brings our chunks too, so look in the cache again once it is our turn.
-            with self._fetch_lock:
+        if not missing:
+            return out
+        if self.cache is None:
+            return self._fetch_lake(missing, out)
+        # One lake read at a time per process: with read-ahead, a concurrent worker's read usually
+        # brings our chunks too, so look again once it is our turn. Chunks another thread read but
+        # is still writing to the cache are taken from memory, so cache writes happen outside the
+        # lock, in parallel with the other threads' decoding.
+        with self._fetch_lock:
+            for cid in missing:
+                data = self._unwritten.get(cid)
+                if data is not None:
+                    out[cid] = data
+            missing = wanted - out.keys()
+            if missing:
                 out.update(self.cache.get_many(missing))
                 missing = wanted - out.keys()
-                return self._fetch_lake(missing, out)
-        return self._fetch_lake(missing, out)
+            fetched: dict[bytes, bytes] = {}
+            if missing:
+                fetched = chunkstore.fetch_batch(self.index, missing, readahead=self.readahead, threads=self.threads)
+                self._unwritten.update(fetched)
+        if fetched:
+            try:
+                self.cache.put_many(fetched)  # put() re-hashes: bytes that do not match are not kept
+            finally:
+                with self._fetch_lock:
+                    for cid in fetched:
+                        self._unwritten.pop(cid, None)
+            for cid in missing:
+                if cid in fetched:
+                    out[cid] = fetched[cid]
+        return out
 
     def _fetch_lake(self, missing: set[bytes], out: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """Without a cache: the missing chunks straight from the lake."""
         if missing:
-            fetched = chunkstore.fetch_batch(
-                self.index, missing, readahead=self.readahead and self.cache is not None, threads=self.threads
-            )
-            if self.cache is not None:
-                self.cache.put_many(fetched)  # put() re-hashes: bytes that do not match are not kept
+            fetched = chunkstore.fetch_batch(self.index, missing, readahead=False, threads=self.threads)
             for cid in missing:
                 if cid in fetched:
                     out[cid] = fetched[cid]

@@ -198,6 +198,54 @@ def test_cache_shared_by_concurrent_processes(tmp_path):
     assert ChunkCache(tmp_path / "c", max_bytes=300_000).size() <= 300_000 * 1.5
 
 
+def _fill_packs_and_read(directory: str, seed: int) -> bool:
+    cache = ChunkCache(directory, max_bytes=6_000_000)
+    rng = np.random.default_rng(0)  # every process works on the same chunks
+    groups = [[rng.bytes(60_000 + i) for i in range(70)] for _ in range(4)]
+    for g in np.random.default_rng(seed).permutation(len(groups)):
+        chunks = {xxhash.xxh3_128_digest(b): b for b in groups[g]}
+        cache.put_many(chunks)
+        for k in range(len(groups)):
+            wanted = {xxhash.xxh3_128_digest(b): b for b in groups[k]}
+            if any(wanted[i] != data for i, data in cache.get_many(wanted).items()):
+                return False
+    return True
+
+
+def test_cache_packs_bulk_fills_and_keeps_the_guarantees(tmp_path):
+    rng = np.random.default_rng(1)
+    blobs = [rng.bytes(80_000 + i) for i in range(64)]  # 64 chunks, 5 MiB: one bulk fill
+    chunks = {xxhash.xxh3_128_digest(b): b for b in blobs}
+    cache = ChunkCache(tmp_path / "c", max_bytes="64MiB")
+    assert cache.put_many(chunks) == len(chunks)
+    packs = sorted((tmp_path / "c" / "packs").glob("*.pack"))
+    assert len(packs) == 1 and not any(cache.path(i).exists() for i in chunks)
+    other = ChunkCache(tmp_path / "c", max_bytes="64MiB")  # another process's view
+    first = next(iter(chunks))
+    assert other.get_many(chunks) == chunks and other.get(first) == chunks[first]
+    raw = bytearray(packs[0].read_bytes())
+    raw[len(raw) // 3] ^= 1
+    packs[0].write_bytes(bytes(raw))
+    assert other.get_many(chunks) == {} and not packs[0].exists()  # whole pack dropped, nothing wrong served
+    assert cache.put_many(chunks) == len(chunks) and ChunkCache(tmp_path / "c").get_many(chunks) == chunks
+    packs = sorted((tmp_path / "c" / "packs").glob("*.pack"))
+    packs[0].write_bytes(packs[0].read_bytes()[:1000])  # torn
+    assert ChunkCache(tmp_path / "c").get_many(chunks) == {}
+    assert not cache.put_many({b"x" * 16: b"wrong bytes"})
+    small = ChunkCache(tmp_path / "s", max_bytes=12_000_000)
+    for k in range(5):
+        small.put_many({xxhash.xxh3_128_digest(b): b for b in (rng.bytes(90_000) for _ in range(50))})
+    small.evict()
+    assert small.size() <= 12_000_000
+
+
+def test_cache_packs_shared_by_concurrent_processes(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        assert all(pool.starmap(_fill_packs_and_read, [(str(tmp_path / "c"), s) for s in range(3)]))
+    assert ChunkCache(tmp_path / "c", max_bytes=6_000_000).size() <= 6_000_000 * 2
+
+
 # ---------------------------------------------------------------------------------------------
 # Decoding
 
@@ -274,6 +322,29 @@ def test_torch_dataloader_two_epochs_warm_cache(lake, tmp_path):
     assert images.shape == (2 * n, 1, 16, 16) and images.dtype == torch.float32
     assert labels.dtype == torch.int64 and sorted(labels.tolist()) == sorted([0, 1, 2] * 2)
     assert ChunkCache(tmp_path / "cache").size() > 0
+
+
+def test_torch_dataloader_shuffling_buffer_yields_every_row_once(lake, tmp_path):
+    import torch
+
+    paths = sorted(_files(lake["train"]))
+    mapping = label_mapping(lake["uri"], DATASET)
+    expected = sorted(mapping[p.split("/")[0]] for p in paths)
+    orders = []
+    for seed in (1, 2):
+        with make_torch_dataloader(
+            lake["uri"], DATASET, split="train", image_size=8, channels=1, batch_size=4, shuffling_queue_capacity=6,
+            workers=2, seed=seed, cache_dir=tmp_path / "cache",
+        ) as loader:
+            batches = list(loader)
+        assert [len(b["label"]) for b in batches[:-1]] == [4] * (len(batches) - 1)
+        labels = torch.cat([b["label"] for b in batches]).tolist()
+        assert sorted(labels) == expected
+        images = torch.cat([b["image"] for b in batches])
+        assert images.shape == (len(paths), 1, 8, 8) and images.dtype == torch.float32
+        batches[0]["image"].add_(1.0)  # batches are the caller's own, writable tensors
+        orders.append(images.sum(dim=(1, 2, 3)).tolist())
+    assert sorted(orders[0]) == pytest.approx(sorted(orders[1]), abs=1e-4)
 
 
 def test_spark_dataframe_rebuilds_contents(lake, spark, tmp_path):
