@@ -42,7 +42,7 @@ from cnnspark.chunking import ChunkingParams, chunk_id, chunk_key, content_hash,
 from cnnspark.errors import ConfigError, IntegrityError, SourceError
 from cnnspark.formats import REASON_EMPTY, InvalidImage, inspect_image
 from cnnspark.lake import Lake, spark_path
-from cnnspark.sizes import GiB, format_size
+from cnnspark.sizes import GiB, MiB, format_size
 from cnnspark.tables import (
     CHUNKS,
     CHUNKS_SCHEMA,
@@ -58,8 +58,10 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 # The largest file ingested with default memory. binaryFile hands a whole file to a task as one
-# value, and Spark/Arrow cap one binary value at 2 GiB; larger files go to quarantine.
-DEFAULT_MAX_FILE_SIZE = 1 * GiB
+# value, which the JVM copies a few times on its way to Python: with the local 4 GiB driver a
+# 245 MiB file ingests and a 480 MiB file runs out of Java heap. Larger files go to quarantine
+# as too_large; Spark/Arrow cap one binary value at 2 GiB whatever the memory.
+DEFAULT_MAX_FILE_SIZE = 256 * MiB
 HARD_MAX_FILE_SIZE = 2 * GiB - 1
 # Files per Arrow batch between the JVM and Python workers: bounds a worker's memory to about
 # this many files' bytes.
@@ -675,7 +677,12 @@ def _write_quarantine(
     rows = [(p, relative_to(p, root), 0, REASON_EMPTY, "the file is empty (0 bytes)") for p in empty_paths]
     for r in irregular:  # listed but not analysed: over the size limit, or skipped by Spark
         if r["length"] > options.max_file_size:
-            reason, detail = REASON_TOO_LARGE, f"file is {r['length']} bytes, over the {options.max_file_size}-byte limit (--max-file-size)"
+            reason = REASON_TOO_LARGE
+            detail = (
+                f"file is {r['length']} bytes, over the {options.max_file_size}-byte limit; to ingest it, raise "
+                "--max-file-size together with executor (local: driver) memory, about 10x the file size, "
+                "and use --files-per-batch 1"
+            )
         else:
             reason, detail = REASON_UNREADABLE, "Spark could not read the file (permissions, or removed during the ingest)"
         rows.append((r["source_uri"], relative_to(r["source_uri"], root), r["length"], reason, detail))

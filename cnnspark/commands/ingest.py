@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-chunk", default=str(defaults.max_size), help="FastCDC maximum chunk size (default 256KiB)")
     p.add_argument(
         "--max-file-size", default=str(DEFAULT_MAX_FILE_SIZE),
-        help="files larger than this go to quarantine as too_large (default 1GiB, at most 2GiB-1)",
+        help="files larger than this go to quarantine as too_large (default 256MiB, at most 2GiB-1; see README, Limits)",
     )
     p.add_argument(
         "--files-per-batch", type=int, default=DEFAULT_FILES_PER_BATCH,
