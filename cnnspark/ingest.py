@@ -308,6 +308,7 @@ def _analyzer(
                 (staged,) = delta.write_parquet_files(
                     chunks_uri, CHUNKS_SCHEMA, [batch], options, prefix=staging_prefix, name_of=_ids_digest
                 )
+                staged["payload_bytes"] = staged_bytes
             for row in held_rows:
                 if row.get("staged_ids"):
                     row["staged_file"] = staged["path"]
@@ -372,15 +373,18 @@ def _settler(chunks_uri: str, prefix: str) -> Callable[[Iterator[pa.RecordBatch]
                     continue
                 if row["kept"] == meta["num_records"]:
                     out = [meta]
+                    payload = meta["payload_bytes"]
                 else:
                     with fs.open_input_file(f"{root.rstrip('/')}/{row['staged_file']}") as f:
                         table = pq.read_table(f, schema=CHUNKS_SCHEMA)
                     kept = table.filter(pc.is_in(table.column("id"), value_set=pa.array(row["ids"], pa.binary())))
+                    payload = pc.sum(kept.column("size")).as_py() or 0
                     out = list(
                         delta.write_parquet_files(chunks_uri, CHUNKS_SCHEMA, kept.to_batches(), WRITE_OPTIONS[CHUNKS], prefix=prefix, name_of=_ids_digest)
                     )
                 for i, m in enumerate(out):
-                    yield pa.RecordBatch.from_pylist([{**m, "payload_bytes": row["kept_bytes"] if i == 0 else 0}], schema=SETTLED_SCHEMA)
+                    record = {k: m[k] for k in delta.FILE_METADATA_SCHEMA.names}
+                    yield pa.RecordBatch.from_pylist([{**record, "payload_bytes": payload if i == 0 else 0}], schema=SETTLED_SCHEMA)
 
     return settle
 
@@ -628,21 +632,13 @@ def _settle_staged(spark, lake: Lake, analyzed, staging_prefix: str, summary: In
     from pyspark.sql.pandas.types import from_arrow_schema
 
     staged = analyzed.select("staged_file", F.explode("staged_ids").alias("id")).filter(F.col("staged_file").isNotNull())
-    sizes = analyzed.select(F.explode(F.arrays_zip("chunk_ids", "chunk_sizes")).alias("c")).select(
-        F.col("c.chunk_ids").alias("id"), F.col("c.chunk_sizes").alias("size")
-    ).dropDuplicates(["id"])
     wanted = staged.join(lake.dataframe(spark, CHUNKS).select("id"), "id", "left_anti")
-    assigned = wanted.groupBy("id").agg(F.min("staged_file").alias("staged_file")).join(sizes, "id")
-    kept = assigned.groupBy("staged_file").agg(
-        F.count("*").alias("kept"), F.sum("size").alias("kept_bytes"), F.collect_list("id").alias("ids")
-    )
+    assigned = wanted.groupBy("id").agg(F.min("staged_file").alias("staged_file"))
+    kept = assigned.groupBy("staged_file").agg(F.count("*").alias("kept"), F.collect_list("id").alias("ids"))
     files = (
         analyzed.filter(F.col("staged_file").isNotNull()).select("staged_file", "staged_meta").distinct()
         .join(kept, "staged_file", "left")
-        .select(
-            "staged_file", "staged_meta", F.coalesce("kept", F.lit(0)).alias("kept"),
-            F.coalesce("kept_bytes", F.lit(0)).alias("kept_bytes"), "ids",
-        )
+        .select("staged_file", "staged_meta", F.coalesce("kept", F.lit(0)).alias("kept"), "ids")
         .mapInArrow(_settler(lake.table_uri(CHUNKS), f"{staging_prefix}-trimmed"), from_arrow_schema(SETTLED_SCHEMA))
         .collect()
     )
