@@ -188,13 +188,7 @@ class ChunkCache:
         except OSError:
             self._discard(Path(tmp))
             return False  # a full or read-only disk makes the cache a no-op, never an error
-        with self._lock:
-            self._written += len(data)
-            due = self._written >= min(self.max_bytes // 10, 64 * MiB)
-            if due:
-                self._written = 0
-        if due:
-            self.evict()
+        self._account(len(data))
         return True
 
     def put_many(self, chunks: dict[bytes, bytes]) -> int:
@@ -264,13 +258,18 @@ class ChunkCache:
             self._pack_ids[path] = ids
             for i, off, length in index:
                 self._where[i] = (path, off, length)
-            self._written += offset
+        self._account(offset)
+        return True
+
+    def _account(self, written: int) -> None:
+        """Count bytes written; evict once a tenth of the bound (at most 64 MiB) has been added."""
+        with self._lock:
+            self._written += written
             due = self._written >= min(self.max_bytes // 10, 64 * MiB)
             if due:
                 self._written = 0
         if due:
             self.evict()
-        return True
 
     @staticmethod
     def _read_pack_index(path: str) -> list[tuple[bytes, int, int]] | None:
