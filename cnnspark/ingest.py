@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import posixpath
 import re
 import time
@@ -162,8 +163,6 @@ def source_root(source: str) -> str:
     """The folder relative paths are taken from: SOURCE itself, or a glob's fixed prefix."""
     path = _strip_file_scheme(source)
     if "://" not in path and not path.startswith("/"):
-        import os
-
         path = os.path.abspath(path)
     if GLOB_CHARS.search(path):
         parts = path.split("/")
@@ -512,9 +511,10 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
     params = options.chunking
     metadata_schema = from_arrow_schema(delta.FILE_METADATA_SCHEMA)
 
-    # 1. List (no content read; Spark lists again, lazily, for the read).
+    # 1. List once: the file index built here serves both the listing (content pruned) and the read.
     _say(progress, f"[1/5] listing {options.source}")
-    listing = _list_source(spark, options.source).select("path", "length")
+    source = _list_source(spark, options.source)
+    listing = source.select("path", "length")
     empty_paths = zero_byte_files(options.source)
 
     # 2. The one read of every file: analyse it and stage the chunks the lake may lack.
@@ -522,7 +522,7 @@ def _run(spark, options: IngestOptions, lake: Lake, run_id: str, staging_prefix:
     lake_manifests = lake.dataframe(spark, MANIFESTS)
     hashes = [r[0] for r in lake_manifests.select("content_hash").distinct().collect()] if lake.files(MANIFESTS) else []
     known = spark.sparkContext.broadcast(_KnownHashes(hashes))
-    scan = _list_source(spark, options.source).filter(F.col("length") <= options.max_file_size)
+    scan = source.filter(F.col("length") <= options.max_file_size)
     analyzer = _analyzer(root, params, lake.table_uri(CHUNKS), staging_prefix, known)
     analyzed = scan.mapInArrow(analyzer, from_arrow_schema(ANALYZED_SCHEMA)).persist(StorageLevel.MEMORY_AND_DISK)
 
