@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from cnnspark.export import export
 
-    summary = export(args.lake, args.dataset, args.out, split=args.split, cache=True if args.cache else False, progress=not args.no_progress)
+    summary = export(args.lake, args.dataset, args.out, split=args.split, cache=args.cache, progress=not args.no_progress)
     print(json.dumps(summary.to_dict(), indent=2, sort_keys=True) if args.json else summary.render())
     return 0
 
